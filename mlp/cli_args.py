@@ -66,7 +66,7 @@ def fraction(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction from 0 up to (not incl.) 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1); got {text!r}")
     return value
 
 
