@@ -1,0 +1,291 @@
+"""The pytest plugin behind bench/: grid options, parametrization, and one benchmark body.
+
+bench/conftest.py imports these hooks; bench/test_mlp.py holds the one parametrized test.
+Each benchmark times its phase with pytest-benchmark's pedantic mode (so the backward phase's
+forward can run untimed in `setup`) and writes what it measured into `extra_info`, which
+pytest-benchmark saves in its JSON.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+import pytest
+import torch
+
+from mlp.config import DTYPES, OPTIMIZERS, PHASES, RunConfig
+from mlp.device import device_name, is_oom_error, nvml_gpu_facts, resolve_device
+from mlp.flops import count_flops
+from mlp.grid import DEFAULT_GRIDS, Grid, config_id
+from mlp.memory import measure_peak
+from mlp.model import count_params
+from mlp.phases import build_workload
+from mlp.records import RecordStore
+from mlp.timing_quality import timing_flags
+from mlp.units import parse_bytes
+
+log = logging.getLogger(__name__)
+
+# Fraction of the host's available memory a CPU configuration may be predicted to use before
+# it is skipped: the rest is left for Python, the allocator's fragmentation and the other
+# processes, so that the kernel's out-of-memory killer never ends the run.
+DEFAULT_HOST_MARGIN = 0.2
+# Timed rounds: at least MIN_ROUNDS (pytest-benchmark's --benchmark-min-rounds raises it),
+# then more while their total stays under --benchmark-max-time, up to MAX_ROUNDS.
+MAX_ROUNDS = 10_000
+
+_LIST_OPTIONS = {
+    # option: (grid field, item type, allowed values or None)
+    "--mlp-depths": ("depths", int, None),
+    "--mlp-widths": ("widths", int, None),
+    "--mlp-batch-sizes": ("batch_sizes", int, None),
+    "--mlp-phases": ("phases", str, PHASES),
+    "--mlp-dtypes": ("dtypes", str, tuple(DTYPES)),
+    "--mlp-optimizers": ("optimizers", str, OPTIMIZERS[1:]),
+}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("mlpbench", "mlpbench grid (comma-separated lists)")
+    for option, (field, item_type, allowed) in _LIST_OPTIONS.items():
+        kind = "positive integers" if item_type is int else ", ".join(allowed)
+        group.addoption(option, default=None, help=f"{field}: {kind} (default: by device)")
+    group.addoption("--mlp-input-dim", default=None, help="input features (default 784)")
+    group.addoption("--mlp-output-dim", default=None, help="output units (default 10)")
+    group.addoption("--mlp-device", default="auto", help="cpu, cuda or auto (default auto)")
+    group.addoption("--mlp-records", default=None,
+                    help="folder for one JSON record per finished configuration")
+    group.addoption("--mlp-resume", action="store_true",
+                    help="skip configurations that already have a record in --mlp-records")
+    group.addoption("--mlp-host-memory", default=None,
+                    help="host memory a CPU run may use (default: what the OS says is free)")
+
+
+def _usage_error(message: str):
+    """One line, exit status 2, no traceback: the rule for bad input everywhere in mlpbench."""
+    pytest.exit(f"mlpbench: error: {message}", returncode=2)
+
+
+def _parse_list(option: str, text: str, item_type, allowed):
+    items = [item.strip() for item in text.split(",")]
+    if item_type is int:
+        if not all(item.isdigit() and int(item) > 0 for item in items):
+            _usage_error(f"{option} must be a comma-separated list of positive integers, "
+                         f"got {text!r}")
+        return tuple(int(item) for item in items)
+    if not items or any(item not in allowed for item in items):
+        _usage_error(f"{option} must be a comma-separated list of {', '.join(allowed)}; "
+                     f"got {text!r}")
+    return tuple(items)
+
+
+def pytest_configure(config):
+    """Check every mlpbench option once, before anything runs."""
+    config.addinivalue_line("markers", "mlpbench: an mlpbench grid benchmark")
+    try:
+        device = resolve_device(config.getoption("--mlp-device"))
+    except ValueError as exc:
+        _usage_error(f"--mlp-device: {exc}")
+
+    base = DEFAULT_GRIDS["cuda" if device.type == "cuda" else "cpu"]
+    changes = {}
+    for option, (field, item_type, allowed) in _LIST_OPTIONS.items():
+        text = config.getoption(option)
+        if text is not None:
+            changes[field] = _parse_list(option, text, item_type, allowed)
+    for option, field in (("--mlp-input-dim", "input_dim"), ("--mlp-output-dim", "output_dim")):
+        text = config.getoption(option)
+        if text is not None:
+            changes[field] = _parse_list(option, text, int, None)[0]
+    try:
+        grid = Grid(**{**base.__dict__, **changes})
+        configs = grid.configs()
+    except ValueError as exc:
+        _usage_error(str(exc))
+
+    host_budget = None
+    if config.getoption("--mlp-host-memory") is not None:
+        try:
+            host_budget = parse_bytes(config.getoption("--mlp-host-memory"), "--mlp-host-memory")
+        except ValueError as exc:
+            _usage_error(str(exc))
+    if config.getoption("--mlp-resume") and config.getoption("--mlp-records") is None:
+        _usage_error("--mlp-resume needs --mlp-records FOLDER")
+
+    records = config.getoption("--mlp-records")
+    config._mlpbench = {
+        "device": device,
+        "configs": configs,
+        "records": RecordStore(records) if records else None,
+        "host_budget_bytes": host_budget,
+        "not_run": [],
+    }
+
+
+def pytest_generate_tests(metafunc):
+    if "mlp_config" in metafunc.fixturenames:
+        state = metafunc.config._mlpbench
+        configs = state["configs"]
+        metafunc.parametrize("mlp_config", configs, ids=[config_id(c) for c in configs])
+
+
+def pytest_collection_modifyitems(config, items):
+    """With --mlp-resume, leave out what an earlier, interrupted run already finished."""
+    state = config._mlpbench
+    if not config.getoption("--mlp-resume") or state["records"] is None:
+        return
+    done = state["records"].done_ids()
+    kept, skipped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        cfg = callspec.params.get("mlp_config") if callspec else None
+        (skipped if cfg is not None and config_id(cfg) in done else kept).append(item)
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = kept
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    device = config._mlpbench["device"]
+    total_bytes = None
+    if device.type == "cuda":
+        facts = nvml_gpu_facts(device.index or 0)
+        total_bytes = (
+            facts.total_bytes if facts else torch.cuda.get_device_properties(device).total_memory
+        )
+    machine_info["mlpbench"] = {
+        "torch_version": torch.__version__,
+        "device": _device_label(device),
+        "device_name": device_name(device),
+        "device_total_bytes": total_bytes,
+        "cuda_version": torch.version.cuda,
+    }
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["mlpbench"] = {"version": 1, "not_run": config._mlpbench["not_run"]}
+
+
+@pytest.fixture
+def mlp_device(request) -> torch.device:
+    return request.config._mlpbench["device"]
+
+
+def _device_label(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
+
+
+def _host_available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _record_not_run(request, config: RunConfig, device, status, reason, **fields) -> None:
+    record = {
+        **config.as_dict(),
+        "device": _device_label(device),
+        "status": status,
+        "reason": reason,
+        "requested_bytes": fields.get("requested_bytes"),
+        "estimated_peak_bytes": fields.get("estimated_peak_bytes"),
+    }
+    state = request.config._mlpbench
+    state["not_run"].append(record)
+    if state["records"] is not None:
+        state["records"].write(config_id(config), {"mlpbench_not_run": record})
+
+
+def _free_device_memory(device: torch.device) -> None:
+    """After an out-of-memory error: drop the cached blocks so the next run starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _requested_bytes(exc: BaseException) -> int | None:
+    """The size of the allocation that failed, from the allocator's message when it says."""
+    import re
+
+    message = str(exc)
+    match = re.search(r"allocate (\d+) bytes", message)  # the CPU allocator's words
+    if match:
+        return int(match.group(1))
+    match = re.search(r"Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)", message)  # CUDA's
+    if match:
+        scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[match.group(2)]
+        return int(float(match.group(1)) * scale)
+    return None
+
+
+def run_benchmark(benchmark, request, config: RunConfig, device: torch.device) -> None:
+    """Measure one configuration: memory and FLOPs in rounds of their own, then the timing."""
+    state = request.config._mlpbench
+    cid = config_id(config)
+
+    # host memory: skip what would make the OS kill the process
+    if device.type == "cpu":
+        from mlp.estimate import estimate
+
+        predicted_bytes = estimate(config, "cpu").peak_bytes
+        available_bytes = state["host_budget_bytes"] or _host_available_bytes()
+        allowed_bytes = int(available_bytes * (1 - DEFAULT_HOST_MARGIN))
+        if predicted_bytes > allowed_bytes:
+            reason = (f"skipped: predicted peak {predicted_bytes} bytes is over "
+                      f"{allowed_bytes} bytes of host memory it may use")
+            _record_not_run(request, config, device, "skipped-host-memory", reason,
+                            estimated_peak_bytes=predicted_bytes)
+            pytest.skip(reason)
+
+    # build, warm up, and measure memory and FLOPs; an out-of-memory error means "does not fit"
+    try:
+        workload = build_workload(config, device)
+        workload.run_round()
+        memory = measure_peak(workload)
+        flops = count_flops(workload)
+    except Exception as exc:
+        if not is_oom_error(exc):
+            _record_not_run(request, config, device, "error", f"{type(exc).__name__}: {exc}")
+            raise
+        requested = _requested_bytes(exc)
+        reason = f"does not fit: out of memory ({str(exc).splitlines()[0][:200]})"
+        workload = None
+        exc = None  # the traceback holds the step's tensors; drop it before freeing
+        _free_device_memory(device)
+        _record_not_run(request, config, device, "oom", reason, requested_bytes=requested)
+        pytest.skip(reason)
+
+    benchmark.extra_info.update({
+        **config.as_dict(),
+        "device": _device_label(device),
+        "device_name": device_name(device),
+        "params": count_params(config.input_dim, config.width, config.output_dim, config.depth),
+        "flops": flops,
+        "peak_bytes": memory.peak_bytes,
+        "start_bytes": memory.start_bytes,
+        "reserved_bytes": memory.reserved_bytes,
+        "status": "ok",
+    })
+
+    # calibrate the number of rounds from one timed round, then time them
+    workload.prepare()
+    t0 = time.perf_counter()
+    workload.step()
+    step_s = time.perf_counter() - t0
+    min_rounds = getattr(benchmark, "_min_rounds", 5)
+    max_time_s = getattr(benchmark, "_max_time", 1.0)
+    rounds = max(min_rounds, min(MAX_ROUNDS, int(max_time_s / max(step_s, 1e-9))))
+    benchmark.pedantic(workload.step, setup=workload.prepare, rounds=rounds, iterations=1,
+                       warmup_rounds=1)
+
+    stats = benchmark.stats.stats if benchmark.stats is not None else None
+    if stats is not None:
+        precision_s = benchmark._get_precision(benchmark._timer)  # measured once, then cached
+        benchmark.extra_info["timing_flags"] = timing_flags(stats, precision_s=precision_s)
+        if state["records"] is not None:
+            state["records"].write(cid, benchmark.stats.as_dict(include_data=False))
+    log.info("%s: %d rounds, median %.3f ms", cid, rounds, stats.median * 1e3 if stats else -1)
