@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -222,6 +223,40 @@ def _requested_bytes(exc: BaseException) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class NotFitting:
+    """A configuration that ran out of device memory."""
+
+    reason: str
+    requested_bytes: int | None  # the allocation that failed, when the allocator says
+
+
+def prepare_measured(config: RunConfig, device: torch.device):
+    """Build and warm up the workload, then measure its memory and FLOPs.
+
+    Returns (workload, PeakMemory, flops), or NotFitting after an out-of-memory error, with
+    the device's memory released so that the next configuration measures as if this one had
+    never run. Every other error propagates.
+    """
+    try:
+        workload = build_workload(config, device)
+        workload.run_round()
+        memory = measure_peak(workload)
+        flops = count_flops(workload)
+        return workload, memory, flops
+    except Exception as exc:
+        if not is_oom_error(exc):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result = NotFitting(f"does not fit: out of memory ({first_line[:200]})",
+                            _requested_bytes(exc))
+    # Outside the except block: the exception's traceback holds the step's tensors, and
+    # they must be gone before the cache is emptied.
+    workload = None
+    _free_device_memory(device)
+    return result
+
+
 def run_benchmark(benchmark, request, config: RunConfig, device: torch.device) -> None:
     """Measure one configuration: memory and FLOPs in rounds of their own, then the timing."""
     state = request.config._mlpbench
@@ -243,21 +278,15 @@ def run_benchmark(benchmark, request, config: RunConfig, device: torch.device) -
 
     # build, warm up, and measure memory and FLOPs; an out-of-memory error means "does not fit"
     try:
-        workload = build_workload(config, device)
-        workload.run_round()
-        memory = measure_peak(workload)
-        flops = count_flops(workload)
+        prepared = prepare_measured(config, device)
     except Exception as exc:
-        if not is_oom_error(exc):
-            _record_not_run(request, config, device, "error", f"{type(exc).__name__}: {exc}")
-            raise
-        requested = _requested_bytes(exc)
-        reason = f"does not fit: out of memory ({str(exc).splitlines()[0][:200]})"
-        workload = None
-        exc = None  # the traceback holds the step's tensors; drop it before freeing
-        _free_device_memory(device)
-        _record_not_run(request, config, device, "oom", reason, requested_bytes=requested)
-        pytest.skip(reason)
+        _record_not_run(request, config, device, "error", f"{type(exc).__name__}: {exc}")
+        raise
+    if isinstance(prepared, NotFitting):
+        _record_not_run(request, config, device, "oom", prepared.reason,
+                        requested_bytes=prepared.requested_bytes)
+        pytest.skip(prepared.reason)
+    workload, memory, flops = prepared
 
     benchmark.extra_info.update({
         **config.as_dict(),
