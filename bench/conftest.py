@@ -1,11 +1,3 @@
-"""The mlpbench grid options and parametrization (the hooks live in mlp.benchsuite)."""
-
-from mlp.benchsuite import (  # noqa: F401  (pytest finds hooks and fixtures by name)
-    mlp_device,
-    pytest_addoption,
-    pytest_benchmark_update_json,
-    pytest_benchmark_update_machine_info,
-    pytest_collection_modifyitems,
-    pytest_configure,
-    pytest_generate_tests,
-)
+"""The benchmark grid's options, parametrization and fixtures come from the mlp.benchsuite
+plugin, which pyproject.toml loads for every pytest run in this repository (`-p
+mlp.benchsuite`); outside it, load it yourself: `pytest -p mlp.benchsuite ...`."""

@@ -1,6 +1,6 @@
 """The pytest plugin behind bench/: grid options, parametrization, and one benchmark body.
 
-bench/conftest.py imports these hooks; bench/test_mlp.py holds the one parametrized test.
+pyproject.toml loads it (`-p mlp.benchsuite`); bench/test_mlp.py holds the one parametrized test.
 Each benchmark times its phase with pytest-benchmark's pedantic mode (so the backward phase's
 forward can run untimed in `setup`) and writes what it measured into `extra_info`, which
 pytest-benchmark saves in its JSON.

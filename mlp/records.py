@@ -6,6 +6,7 @@ interrupted sweep keeps everything it finished and `--resume` knows what is left
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ def write_json_atomic(path: Path, data, overwrite: bool = False) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(data, tmp, indent=2)
+            json.dump(data, tmp, indent=2, default=_jsonable)
             tmp.flush()
             os.fsync(tmp.fileno())
         if overwrite:
@@ -37,6 +38,13 @@ def write_json_atomic(path: Path, data, overwrite: bool = False) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def _jsonable(value):
+    """Dataclasses (a RunConfig among pytest's params) as dicts; anything else as its str."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
 
 
 class RecordStore:
