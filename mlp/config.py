@@ -87,6 +87,13 @@ class RunConfig:
     def element_bytes(self) -> int:
         return self.torch_dtype.itemsize
 
+    def describe(self, batch: bool = True) -> str:
+        """One line for people: 'MLP depth 4, width 1024, 784 -> 10, float32, batch 256, ...'."""
+        optimizer = f" with {self.optimizer}" if self.phase == "train-step" else ""
+        batch_text = f", batch {self.batch_size}" if batch else ""
+        return (f"MLP depth {self.depth}, width {self.width}, {self.input_dim} -> "
+                f"{self.output_dim}, {self.dtype}{batch_text}, {self.phase}{optimizer}")
+
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 

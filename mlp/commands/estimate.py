@@ -44,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
 
-    c = result.config
-    optimizer = f" with {c.optimizer}" if c.phase == "train-step" else ""
-    print(f"MLP depth {c.depth}, width {c.width}, {c.input_dim} -> {c.output_dim}, "
-          f"{c.dtype}, batch {c.batch_size}, {c.phase}{optimizer}")
+    print(result.config.describe())
     print(f"  estimate    {result.method}, {result.device_type} rules")
     print(f"  parameters  {result.params:,}")
     print(f"  peak memory {format_gib(result.peak_bytes, 4)} ({result.peak_bytes:,} bytes), "

@@ -156,7 +156,7 @@ def _print_budget(budget) -> None:
 
 
 def _describe_model(config, grid: bool = False) -> str:
-    optimizer = f" with {config.optimizer}" if config.phase == "train-step" else ""
-    shape = "MLPs" if grid else f"MLP depth {config.depth}, width {config.width},"
-    return (f"{shape} {config.input_dim} -> {config.output_dim}, {config.dtype}, "
-            f"{config.phase}{optimizer}")
+    text = config.describe(batch=False)
+    if grid:  # depth and width vary from row to row
+        text = "MLPs " + text.split(", ", 2)[2]
+    return text

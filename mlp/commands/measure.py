@@ -37,10 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
 
-    c = result.config
-    optimizer = f" with {c.optimizer}" if c.phase == "train-step" else ""
-    print(f"MLP depth {c.depth}, width {c.width}, {c.input_dim} -> {c.output_dim}, "
-          f"{c.dtype}, batch {c.batch_size}, {c.phase}{optimizer}")
+    print(result.config.describe())
     print(f"  device      {result.device} ({result.device_name})")
     print(f"  parameters  {result.params:,}")
     print(f"  FLOPs/step  {result.flops:,}")

@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**config.as_dict(), **result.as_dict()}, indent=2))
         return 0
 
-    optimizer = f" with {config.optimizer}" if config.phase == "train-step" else ""
-    print(f"MLP depth {config.depth}, width {config.width}, {config.input_dim} -> "
-          f"{config.output_dim}, {config.dtype}, {config.phase}{optimizer}, on {result.device}")
+    print(f"{config.describe(batch=False)}, on {result.device}")
     if budget_bytes is not None:
         print(f"  budget      {format_bytes(budget_bytes)} for the measured peak")
     else:
