@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +65,8 @@ def pytest_addoption(parser):
                     help="skip configurations that already have a record in --mlp-records")
     group.addoption("--mlp-host-memory", default=None,
                     help="host memory a CPU run may use (default: what the OS says is free)")
+    group.addoption("--mlp-force", action="store_true",
+                    help="let --benchmark-json replace an existing file")
 
 
 def _usage_error(message: str):
@@ -82,9 +87,18 @@ def _parse_list(option: str, text: str, item_type, allowed):
     return tuple(items)
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
     """Check every mlpbench option once, before anything runs."""
     config.addinivalue_line("markers", "mlpbench: an mlpbench grid benchmark")
+    # SIGTERM (a job scheduler's stop, `mlpbench sweep` passing one on) ends the run as
+    # Ctrl-C does: pytest stops between benchmarks' steps and pytest-benchmark still saves
+    # what finished. Only the main thread may set a handler.
+    if threading.current_thread() is threading.main_thread():
+        config._mlpbench_sigterm = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         device = resolve_device(config.getoption("--mlp-device"))
     except ValueError as exc:
@@ -114,6 +128,12 @@ def pytest_configure(config):
             _usage_error(str(exc))
     if config.getoption("--mlp-resume") and config.getoption("--mlp-records") is None:
         _usage_error("--mlp-resume needs --mlp-records FOLDER")
+    json_path = config.getoption("--benchmark-json", None)
+    if json_path is not None and Path(json_path).exists() and not config.getoption("--mlp-force"):
+        # pytest-benchmark would replace it at the end of the run: a result once written is
+        # never lost by accident.
+        _usage_error(f"--benchmark-json: {json_path} exists; it is kept (pass --mlp-force to "
+                     "replace it)")
 
     records = config.getoption("--mlp-records")
     config._mlpbench = {
@@ -123,6 +143,12 @@ def pytest_configure(config):
         "host_budget_bytes": host_budget,
         "not_run": [],
     }
+
+
+def pytest_unconfigure(config):
+    previous = getattr(config, "_mlpbench_sigterm", None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pytest_generate_tests(metafunc):

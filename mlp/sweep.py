@@ -125,24 +125,31 @@ def _pytest_command(plan: SweepPlan, run_dir: Path, resume: bool) -> list[str]:
     raw_dir = run_dir / "raw"
     raw_dir.mkdir(exist_ok=True)
     raw_json = raw_dir / f"pytest-benchmark-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.json"
+    options = {
+        "--mlp-device": plan.device,
+        "--mlp-depths": ",".join(map(str, grid.depths)),
+        "--mlp-widths": ",".join(map(str, grid.widths)),
+        "--mlp-batch-sizes": ",".join(map(str, grid.batch_sizes)),
+        "--mlp-phases": ",".join(grid.phases),
+        "--mlp-dtypes": ",".join(grid.dtypes),
+        "--mlp-optimizers": ",".join(grid.optimizers),
+        "--mlp-input-dim": str(grid.input_dim),
+        "--mlp-output-dim": str(grid.output_dim),
+        "--mlp-records": str(run_dir / "records"),
+        "--benchmark-json": str(raw_json),
+        "--benchmark-max-time": str(plan.max_time_s),
+    }
+    if plan.host_memory:
+        options["--mlp-host-memory"] = plan.host_memory
+    # OPTION=VALUE, one token each: pytest reads the command line once before its plugins
+    # have added their options, and takes a lone VALUE that names an existing folder (the
+    # records) for a test path, which would move the root away from pyproject.toml.
     command = [
         sys.executable, "-m", "pytest", str(BENCH_DIR), "--benchmark-only", "-q",
-        "-p", "no:cacheprovider", "--rootdir", str(BENCH_DIR.parent),
-        "--mlp-device", plan.device,
-        "--mlp-depths", ",".join(map(str, grid.depths)),
-        "--mlp-widths", ",".join(map(str, grid.widths)),
-        "--mlp-batch-sizes", ",".join(map(str, grid.batch_sizes)),
-        "--mlp-phases", ",".join(grid.phases),
-        "--mlp-dtypes", ",".join(grid.dtypes),
-        "--mlp-optimizers", ",".join(grid.optimizers),
-        "--mlp-input-dim", str(grid.input_dim),
-        "--mlp-output-dim", str(grid.output_dim),
-        "--mlp-records", str(run_dir / "records"),
-        "--benchmark-json", str(raw_json),
-        "--benchmark-max-time", str(plan.max_time_s),
+        "-p", "no:cacheprovider", f"--rootdir={BENCH_DIR.parent}",
+        f"--config-file={BENCH_DIR.parent / 'pyproject.toml'}",
+        *(f"{name}={value}" for name, value in options.items()),
     ]
-    if plan.host_memory:
-        command += ["--mlp-host-memory", plan.host_memory]
     if resume:
         command.append("--mlp-resume")
     return command
@@ -166,19 +173,24 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
     with open(log_path, "a", encoding="utf-8") as log_file:
         child = subprocess.Popen(_pytest_command(plan, run_dir, resume), stdout=log_file,
                                  stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent)
-        previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGINT))
+        # The child stops cleanly on SIGTERM (mlp.benchsuite turns it into KeyboardInterrupt).
+        previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
         try:
             while child.poll() is None:
                 if progress:
                     progress(len(store.done_ids() & set(ids)), total)
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
+            # Ctrl-C reached the child too (same process group); give it time to save.
             interrupted = True
-            child.wait()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.terminate()
+                child.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
-    # pytest exits 2 when interrupted; a SIGTERM forwarded as SIGINT ends the same way
+    # pytest exits 2 when interrupted, which is how a SIGTERM ends it too
     interrupted = interrupted or child.returncode == 2 or child.returncode < 0
 
     records = store.load_all()

@@ -25,11 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlp.estimate import estimate  # noqa: E402
-
 from mlp.benchsuite import NotFitting, prepare_measured  # noqa: E402
 from mlp.config import RunConfig  # noqa: E402
 from mlp.device import device_name, nvml_gpu_facts  # noqa: E402
+from mlp.estimate import estimate  # noqa: E402
 from mlp.measure import measure  # noqa: E402
 from mlp.units import GIB  # noqa: E402
 

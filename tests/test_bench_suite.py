@@ -177,3 +177,45 @@ def test_errors_other_than_out_of_memory_propagate(monkeypatch):
 
     with pytest.raises(RuntimeError, match="a bug"):
         prepare_measured(RunConfig(), torch.device("cpu"))
+
+
+def test_an_existing_json_file_is_kept_without_mlp_force(tmp_path):
+    out = tmp_path / "out.json"
+    out.write_text("earlier results")
+
+    refused = _pytest("bench", "--benchmark-only", *_grid(), *FAST, "--benchmark-json", str(out))
+    assert refused.returncode == 2 and "--mlp-force" in refused.stdout + refused.stderr
+    assert out.read_text() == "earlier results"
+
+    forced = _pytest("bench", "--benchmark-only", *_grid(), *FAST, "--benchmark-json", str(out),
+                     "--mlp-force")
+    assert forced.returncode == 0 and json.loads(out.read_text())["benchmarks"]
+
+
+def test_a_crash_in_one_configuration_keeps_the_others(tmp_path):
+    # The plugin outside this repository (-p mlp.benchsuite), with a conftest that breaks
+    # the width-32 models with an error that is not out-of-memory.
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_mlp.py").write_text((ROOT / "bench" / "test_mlp.py").read_text())
+    (suite / "conftest.py").write_text(
+        "import mlp.benchsuite\n"
+        "real_build = mlp.benchsuite.build_workload\n"
+        "def build(config, device):\n"
+        "    if config.width == 32:\n"
+        "        raise RuntimeError('injected crash')\n"
+        "    return real_build(config, device)\n"
+        "mlp.benchsuite.build_workload = build\n"
+    )
+    records = tmp_path / "records"
+
+    proc = _pytest(str(suite), "--rootdir", str(suite), "-p", "mlp.benchsuite",
+                   "--benchmark-only", *_grid(widths="16,32,64"), *FAST,
+                   "--mlp-records", str(records), cwd=tmp_path)
+
+    assert proc.returncode == 1 and "1 failed, 2 passed" in proc.stdout
+    saved = {p.stem: json.loads(p.read_text()) for p in records.glob("*.json")}
+    assert saved["d2-w32-b1-forward-float32"]["mlpbench_not_run"]["status"] == "error"
+    assert "injected crash" in saved["d2-w32-b1-forward-float32"]["mlpbench_not_run"]["reason"]
+    assert saved["d2-w16-b1-forward-float32"]["stats"]["rounds"] >= 3
+    assert saved["d2-w64-b1-forward-float32"]["extra_info"]["status"] == "ok"
