@@ -41,14 +41,15 @@ class Grid:
         return list(seen)
 
 
-# Sized so that the CPU grid runs in a few minutes on 2 cores (its largest step, depth 4 width
-# 1024 batch 256 with Adam, takes about 50 ms there), and the CUDA grid reaches batch sizes and
-# widths where a GPU is busy (a 4096-wide layer at batch 4096 is 2 * 4096**3 = 137 GFLOP).
+# Sized so that the CPU grid runs in a few minutes on 2 cores (its largest step, depth 8 width
+# 1024 batch 1024 with Adam, is 45 GFLOP: about a second there), and the CUDA grid reaches
+# batch sizes and widths where a GPU is busy (a 4096-wide layer at batch 4096 is
+# 2 * 4096**3 = 137 GFLOP).
 DEFAULT_GRIDS = {
     "cpu": Grid(
-        depths=(2, 4),
+        depths=(2, 4, 8),
         widths=(64, 256, 1024),
-        batch_sizes=(1, 16, 64, 256),
+        batch_sizes=(1, 16, 64, 256, 1024),
         phases=("forward", "train-step"),
     ),
     "cuda": Grid(
