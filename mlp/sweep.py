@@ -89,20 +89,24 @@ def new_run_dir(results_dir: Path, device: str, now: dt.datetime | None = None) 
 
 def prepare_run_dir(plan: SweepPlan, out: Path | None, results_dir: Path, force: bool) -> Path:
     """A new run folder for plan, with its run.json; an existing one only with force."""
-    if out is None:
-        run_dir = new_run_dir(results_dir, plan.device)
-    else:
-        out = Path(out)
-        if out.exists() and any(out.iterdir()):
-            if not force:
-                raise ValueError(
-                    f"--out: {out} exists and is not empty; it is kept (use --resume {out} to "
-                    "finish it, or --force to replace it)"
-                )
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        run_dir = out
-    write_json_atomic(run_dir / RUN_FILE, plan.as_dict(), overwrite=True)
+    option = "--results-dir" if out is None else "--out"
+    try:
+        if out is None:
+            run_dir = new_run_dir(results_dir, plan.device)
+        else:
+            run_dir = Path(out)
+            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+                if not force:
+                    raise ValueError(
+                        f"--out: {run_dir} exists and is not an empty folder; it is kept (use "
+                        f"--resume {run_dir} to finish a sweep there, or --force to replace it)"
+                    )
+                shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+            run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / RUN_FILE, plan.as_dict(), overwrite=True)
+    except OSError as exc:
+        target = exc.filename or (out if out is not None else results_dir)
+        raise ValueError(f"{option}: cannot write to {target}: {exc.strerror or exc}") from None
     return run_dir
 
 
@@ -171,8 +175,11 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
 
     interrupted = False
     with open(log_path, "a", encoding="utf-8") as log_file:
+        # A session of its own: Ctrl-C reaches this process only, which passes on exactly one
+        # stop (SIGTERM), so pytest is never interrupted twice while it saves.
         child = subprocess.Popen(_pytest_command(plan, run_dir, resume), stdout=log_file,
-                                 stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent)
+                                 stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent,
+                                 start_new_session=True)
         # The child stops cleanly on SIGTERM (mlp.benchsuite turns it into KeyboardInterrupt).
         previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
         try:
@@ -181,13 +188,9 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
                     progress(len(store.done_ids() & set(ids)), total)
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            # Ctrl-C reached the child too (same process group); give it time to save.
             interrupted = True
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.terminate()
-                child.wait()
+            child.terminate()
+            child.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
     # pytest exits 2 when interrupted, which is how a SIGTERM ends it too

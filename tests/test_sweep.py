@@ -60,6 +60,17 @@ def test_two_sweeps_started_together_get_separate_folders(tmp_path):
     assert first.name == "2026-12-03-120000-cpu"
 
 
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    proc = _sweep(*TINY, "--out", str(blocker / "run"))
+
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--out: cannot write to" in proc.stderr and "Traceback" not in proc.stderr
+    assert blocker.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("bad, named", [
     (["--gpus", "t4,rtx9999"], "--gpus"),
     (["--depths", "2,0"], "--depths"),
@@ -103,3 +114,23 @@ def test_sigterm_keeps_finished_results_and_resume_finishes_the_rest(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {n: os.stat(records / n).st_mtime_ns for n in kept} == kept  # not run again
     assert len(json.loads((run_dir / "benchmarks.json").read_text())["benchmarks"]) == 8
+
+
+def test_ctrl_c_keeps_finished_results(tmp_path):
+    run_dir = tmp_path / "run"
+    records = run_dir / "records"
+    args = ["--device", "cpu", "--depths", "2,3", "--widths", "16,32", "--batch-sizes", "1,8",
+            "--phases", "train-step", "--max-time", "0.3", "--no-progress", "--gpus", "t4"]
+    child = subprocess.Popen([sys.executable, "-m", "mlp.cli", "sweep", *args,
+                              "--out", str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(records.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    child.send_signal(signal.SIGINT)  # to the sweep alone, not its child pytest
+    out, _ = child.communicate(timeout=60)
+
+    assert child.returncode == 130, out
+    assert 1 <= len(list(records.glob("*.json"))) < 8
+    assert json.loads((run_dir / "benchmarks.json").read_text())["benchmarks"]
