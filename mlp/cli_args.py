@@ -70,6 +70,28 @@ def fraction(text: str) -> float:
     return value
 
 
+def memory_size_text(text: str) -> str:
+    """A size as typed, once checked: a budget's source then reads '--memory 24GiB'."""
+    byte_size(text)
+    return text
+
+
+def add_budget_args(parser: argparse.ArgumentParser) -> None:
+    """Where the memory budget comes from: --gpu NAME|auto or --memory SIZE, and --margin."""
+    from mlp.gpus import DEFAULT_MARGIN, GPUS
+
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--gpu", metavar="NAME|auto",
+                       help=f"a GPU by name ({', '.join(GPUS)}; see `mlpbench gpus`), "
+                       "or auto for this machine's NVIDIA GPU")
+    where.add_argument("--memory", type=memory_size_text, metavar="SIZE",
+                       help="a memory size instead: 24GiB, 80GB or a byte count")
+    parser.add_argument("--margin", type=fraction, default=None,
+                        help="fraction of the memory held back for the CUDA context, "
+                        "fragmentation and other processes "
+                        f"(default {DEFAULT_MARGIN}; 0 uses all of it)")
+
+
 def add_model_args(parser: argparse.ArgumentParser, batch_size: bool = True) -> None:
     """The options that describe one configuration, with RunConfig's defaults."""
     d = RunConfig()

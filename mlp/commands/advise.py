@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from mlp.cli_args import add_model_args, byte_size, config_from_args, fraction, positive_int
+from mlp.cli_args import add_budget_args, add_model_args, config_from_args, positive_int
 from mlp.units import format_gib
 
 
 def register(subparsers) -> None:
-    from mlp.gpus import DEFAULT_MARGIN
-
     parser = subparsers.add_parser(
         "advise",
         help="largest batch that fits, the batch to pick, and what to change if none fits",
@@ -22,23 +20,11 @@ def register(subparsers) -> None:
     add_model_args(parser, batch_size=False)
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="the batch you want; changes are suggested when it does not fit")
-    memory = parser.add_mutually_exclusive_group(required=True)
-    memory.add_argument("--gpu", metavar="NAME|auto",
-                        help="a GPU of the catalogue (mlpbench gpus) or auto for this machine's")
-    memory.add_argument("--memory", type=_size_text, metavar="SIZE",
-                        help="device memory, e.g. 24GiB or 80GB")
-    parser.add_argument("--margin", type=fraction, default=None,
-                        help=f"fraction of memory held back (default {DEFAULT_MARGIN})")
+    add_budget_args(parser)
     parser.add_argument("--results", nargs="+", default=None, metavar="RESULTS.json",
                         help="measured results (pytest-benchmark JSON) to place the knee from")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
-
-
-def _size_text(text: str) -> str:
-    """A size as typed, once checked: the budget's source then reads '--memory 24GiB'."""
-    byte_size(text)
-    return text
 
 
 def run(args: argparse.Namespace) -> int:

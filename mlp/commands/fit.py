@@ -7,14 +7,12 @@ import json
 
 import pandas as pd
 
-from mlp.cli_args import add_model_args, config_from_args, fraction, int_list, positive_int
-from mlp.estimate import estimate
+from mlp.cli_args import add_budget_args, add_model_args, config_from_args, int_list, positive_int
+from mlp.estimate import METHODS, estimate
 from mlp.fit import VARY_CHOICES, frontier, largest_fitting, max_batch_size
-from mlp.gpus import DEFAULT_MARGIN, GPUS, resolve_budget
+from mlp.gpus import resolve_budget
 from mlp.model import count_params
 from mlp.units import GIB, format_bytes
-
-METHODS = ("analytic", "trace")
 
 
 def register(subparsers) -> None:
@@ -26,16 +24,7 @@ def register(subparsers) -> None:
         "--vary, the largest width or depth at a given batch size.",
     )
     add_model_args(parser, batch_size=False)
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--gpu", metavar="NAME",
-                       help=f"a GPU by name ({', '.join(GPUS)}; see `mlpbench gpus`), "
-                       "or auto for this machine's NVIDIA GPU")
-    where.add_argument("--memory", metavar="SIZE",
-                       help="a memory size instead: 24GiB, 80GB or a byte count")
-    parser.add_argument("--margin", type=fraction, default=None,
-                        help="fraction of the memory held back for the CUDA context, "
-                        "fragmentation and other processes "
-                        f"(default {DEFAULT_MARGIN}; 0 uses all of it)")
+    add_budget_args(parser)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="whose memory rules the estimate follows (default cuda)")
     parser.add_argument("--method", choices=METHODS, default="analytic",
