@@ -20,7 +20,13 @@ import pytest
 import torch
 
 from mlp.config import DTYPES, OPTIMIZERS, PHASES, RunConfig
-from mlp.device import device_name, is_oom_error, nvml_gpu_facts, resolve_device
+from mlp.device import (
+    device_name,
+    host_memory_check,
+    is_oom_error,
+    nvml_gpu_facts,
+    resolve_device,
+)
 from mlp.flops import count_flops
 from mlp.grid import DEFAULT_GRIDS, Grid, config_id
 from mlp.memory import measure_peak
@@ -32,10 +38,6 @@ from mlp.units import parse_bytes
 
 log = logging.getLogger(__name__)
 
-# Fraction of the host's available memory a CPU configuration may be predicted to use before
-# it is skipped: the rest is left for Python, the allocator's fragmentation and the other
-# processes, so that the kernel's out-of-memory killer never ends the run.
-DEFAULT_HOST_MARGIN = 0.2
 # Timed rounds: at least MIN_ROUNDS (pytest-benchmark's --benchmark-min-rounds raises it),
 # then more while their total stays under --benchmark-max-time, up to MAX_ROUNDS.
 MAX_ROUNDS = 10_000
@@ -204,12 +206,6 @@ def _device_label(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
 
 
-def _host_available_bytes() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def _record_not_run(request, config: RunConfig, device, status, reason, **fields) -> None:
     record = {
         **config.as_dict(),
@@ -290,11 +286,7 @@ def run_benchmark(benchmark, request, config: RunConfig, device: torch.device) -
 
     # host memory: skip what would make the OS kill the process
     if device.type == "cpu":
-        from mlp.estimate import estimate
-
-        predicted_bytes = estimate(config, "cpu").peak_bytes
-        available_bytes = state["host_budget_bytes"] or _host_available_bytes()
-        allowed_bytes = int(available_bytes * (1 - DEFAULT_HOST_MARGIN))
+        predicted_bytes, allowed_bytes = host_memory_check(config, state["host_budget_bytes"])
         if predicted_bytes > allowed_bytes:
             reason = (f"skipped: predicted peak {predicted_bytes} bytes is over "
                       f"{allowed_bytes} bytes of host memory it may use")

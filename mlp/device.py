@@ -10,6 +10,10 @@ import torch
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# Fraction of the host's available memory held back from a CPU run: room for Python, the
+# allocator's fragmentation and other processes, so that the operating system's
+# out-of-memory killer never ends a run. A configuration predicted past the rest is refused.
+HOST_MARGIN = 0.2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,3 +110,17 @@ def nvml_gpu_facts(index: int = 0) -> GpuFacts | None:
         return None
     finally:
         pynvml.nvmlShutdown()
+
+
+def host_memory_check(config, available_bytes: int | None = None) -> tuple[int, int]:
+    """(predicted peak bytes of config on the CPU, bytes a CPU run may use).
+
+    available_bytes defaults to what the OS says is available now (psutil).
+    """
+    import psutil
+
+    from mlp.estimate import estimate
+
+    if available_bytes is None:
+        available_bytes = int(psutil.virtual_memory().available)
+    return estimate(config, "cpu").peak_bytes, int(available_bytes * (1 - HOST_MARGIN))

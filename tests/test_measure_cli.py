@@ -79,3 +79,26 @@ def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(capsys):
     code, err = _run(capsys, ARGS + ["--device", "cuda"])
 
     assert code == 2 and "no CUDA GPU" in err
+
+
+def test_a_configuration_past_host_memory_is_refused_before_allocating(capsys):
+    # Batch 2e9 of 784 inputs would need 6.3 TB before the first layer.
+    code, err = _run(capsys, ARGS + ["--batch-size", "2000000000", "--input-dim", "784"])
+
+    assert code == 2 and "host memory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_running_out_of_device_memory_is_one_line_not_a_traceback(capsys, monkeypatch):
+    import torch
+
+    import mlp.commands.measure
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(mlp.commands.measure, "measure", out_of_memory)
+
+    code, err = _run(capsys, ARGS)
+
+    assert code == 1 and "does not fit on cpu: out of memory" in err
+    assert len(err.strip().splitlines()) == 1

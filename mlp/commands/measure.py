@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from mlp.cli_args import add_device_arg, add_model_args, config_from_args, positive_int
-from mlp.device import resolve_device
+from mlp.device import host_memory_check, is_oom_error, resolve_device
 from mlp.measure import measure
 from mlp.units import format_bytes
 
@@ -32,7 +33,23 @@ def run(args: argparse.Namespace) -> int:
     if not args.max_time >= 0:
         raise ValueError(f"--max-time must be 0 or more seconds, got {args.max_time}")
     device = resolve_device(args.device)
-    result = measure(config, device, min_rounds=args.min_rounds, max_time_s=args.max_time)
+    if device.type == "cpu":
+        predicted_bytes, allowed_bytes = host_memory_check(config)
+        if predicted_bytes > allowed_bytes:
+            raise ValueError(
+                f"this configuration would need about {format_bytes(predicted_bytes)} of host "
+                f"memory and {format_bytes(allowed_bytes)} may be used (80% of what is free); "
+                "lower --batch-size, --width or --depth"
+            )
+    try:
+        result = measure(config, device, min_rounds=args.min_rounds, max_time_s=args.max_time)
+    except Exception as exc:
+        if not is_oom_error(exc):
+            raise
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"mlpbench measure: does not fit on {device}: out of memory ({first_line[:200]})",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
