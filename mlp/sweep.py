@@ -66,7 +66,6 @@ class SweepOutcome:
     done: int  # with a record: measured, or recorded as not fitting or skipped
     interrupted: bool
     failed: list[str]  # ids of configurations that raised an error other than out-of-memory
-    report_path: Path | None
 
 
 def new_run_dir(results_dir: Path, device: str, now: dt.datetime | None = None) -> Path:
@@ -203,7 +202,7 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
     failed = [config_id_of(r) for r in records
               if r.get("mlpbench_not_run", {}).get("status") == "error"]
     write_results(run_dir, records)
-    return SweepOutcome(run_dir, total, done, interrupted, failed, None)
+    return SweepOutcome(run_dir, total, done, interrupted, failed)
 
 
 def config_id_of(record: dict) -> str:

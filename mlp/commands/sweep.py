@@ -9,6 +9,7 @@ from mlp.cli_args import byte_size, choice_list, int_list, positive_int
 from mlp.config import DTYPES, OPTIMIZERS, PHASES
 from mlp.device import resolve_device
 from mlp.grid import DEFAULT_GRIDS, Grid
+from mlp.report import DEFAULT_REPORT_GPUS
 from mlp.sweep import SweepPlan, load_plan, prepare_run_dir, run_suite
 
 DEFAULT_MAX_TIME_S = {"cpu": 0.2, "cuda": 1.0}
@@ -35,8 +36,9 @@ def register(subparsers) -> None:
                         help=", ".join(OPTIMIZERS[1:]))
     parser.add_argument("--input-dim", type=positive_int, help="input features (default 784)")
     parser.add_argument("--output-dim", type=positive_int, help="output units (default 10)")
-    parser.add_argument("--gpus", default="t4,a100-80gb,h100-80gb",
-                        help="GPUs the report compares against (default t4,a100-80gb,h100-80gb)")
+    default_gpus = ",".join(DEFAULT_REPORT_GPUS)
+    parser.add_argument("--gpus", default=default_gpus,
+                        help=f"GPUs the report compares against (default {default_gpus})")
     parser.add_argument("--max-time", type=float, default=None,
                         help="seconds of timed rounds per configuration (default 0.2 on CPU)")
     parser.add_argument("--host-memory", type=byte_size, default=None,
