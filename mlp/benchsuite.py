@@ -331,7 +331,10 @@ def run_benchmark(benchmark, request, config: RunConfig, device: torch.device) -
 
     stats = benchmark.stats.stats if benchmark.stats is not None else None
     if stats is not None:
-        precision_s = benchmark._get_precision(benchmark._timer)  # measured once, then cached
+        # pytest-benchmark measures its timer's precision once and caches it (a private method
+        # in versions 4 and 5; without it, the resolution check is left out)
+        get_precision = getattr(benchmark, "_get_precision", None)
+        precision_s = get_precision(benchmark._timer) if get_precision else None
         benchmark.extra_info["timing_flags"] = timing_flags(stats, precision_s=precision_s)
         if state["records"] is not None:
             state["records"].write(cid, benchmark.stats.as_dict(include_data=False))
