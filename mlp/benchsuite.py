@@ -89,8 +89,19 @@ def _parse_list(option: str, text: str, item_type, allowed):
     return tuple(items)
 
 
+_stop_requested: list[int] = []  # the signal that asked this run to stop, once one has
+
+
 def _stop_on_sigterm(signum, frame):
+    # Raised wherever the main thread is; if that is a weakref finalizer or __del__, Python
+    # prints and drops the exception, so the request is also kept for the next test's setup.
+    _stop_requested.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_runtest_setup(item):
+    if _stop_requested:
+        raise KeyboardInterrupt(f"signal {_stop_requested[0]}")
 
 
 def pytest_configure(config):

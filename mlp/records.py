@@ -22,8 +22,9 @@ def write_json_atomic(path: Path, data, overwrite: bool = False) -> None:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; it is kept (pass --force to replace it)")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:
             json.dump(data, tmp, indent=2, default=_jsonable)
             tmp.flush()
@@ -35,7 +36,8 @@ def write_json_atomic(path: Path, data, overwrite: bool = False) -> None:
             os.link(tmp_name, path)
             os.unlink(tmp_name)
     except BaseException:
-        if os.path.exists(tmp_name):
+        # KeyboardInterrupt included: a stopped run leaves no half-written file behind
+        if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
 

@@ -180,7 +180,13 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
                                  stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent,
                                  start_new_session=True)
         # The child stops cleanly on SIGTERM (mlp.benchsuite turns it into KeyboardInterrupt).
-        previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        stopped: list[int] = []
+
+        def stop(signum, frame):
+            stopped.append(signum)
+            child.terminate()
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             while child.poll() is None:
                 if progress:
@@ -193,7 +199,7 @@ def run_suite(plan: SweepPlan, run_dir: Path, resume: bool = False, progress=Non
         finally:
             signal.signal(signal.SIGTERM, previous)
     # pytest exits 2 when interrupted, which is how a SIGTERM ends it too
-    interrupted = interrupted or child.returncode == 2 or child.returncode < 0
+    interrupted = interrupted or bool(stopped) or child.returncode == 2 or child.returncode < 0
 
     records = store.load_all()
     done = len(store.done_ids() & set(ids))
