@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlp import plots
 from mlp.fit import max_batch_size
 from mlp.gpus import GPUS, resolve_budget
 from mlp.results import (
@@ -97,6 +96,8 @@ def build_report(
     of the report's files they are replaced only with force. Returns report.md's path.
     Bad input raises ValueError before anything is written.
     """
+    from mlp import plots  # matplotlib: imported only when drawing
+
     out_dir = Path(out_dir)
     gpus = check_gpu_names(gpus)
     budgets = {name: resolve_budget(gpu=name, margin=margin) for name in gpus}
@@ -211,6 +212,8 @@ def render_report(table: pd.DataFrame, budgets: dict, sources: list[Path]) -> st
 
 def _shown_settings(measured: pd.DataFrame) -> list[str]:
     """Which settings the plots show, when the results hold more than they draw."""
+    from mlp import plots  # matplotlib: imported only when drawing
+
     found = settings(measured)
     if len(found) <= 1:
         return []
@@ -270,6 +273,8 @@ def _stop_sentences(fits: pd.DataFrame, budgets: dict) -> list[str]:
 
 
 def _accuracy_lines(measured: pd.DataFrame) -> list[str]:
+    from mlp import plots  # matplotlib: imported only when drawing
+
     estimated = plots.estimated_peaks(measured)
     error = np.abs(estimated / measured["peak_bytes"].to_numpy(dtype=float) - 1)
     if error.max() == 0:
