@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from mlp.advise import Advice, advise, estimated_knee, modelled_step_s
 from mlp.cli import main
@@ -168,11 +169,7 @@ def test_cli_uses_measured_results_when_given(capsys):
     ],
 )
 def test_cli_bad_input_is_one_line_and_status_2(capsys, args, words):
-    try:
-        status = main(["advise", *args])
-    except SystemExit as exc:  # argparse's own errors exit
-        status = exc.code
-    err = capsys.readouterr().err
+    status, _, err = run_cli(["advise", *args], capsys)
     assert status == 2
     assert words in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err

@@ -4,6 +4,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from cli_runner import run_cli
 
 import mlp.gpus
 from mlp.cli import main
@@ -264,15 +265,6 @@ def test_a_thousand_model_frontier_takes_well_under_a_second():
 
 
 # --- the command line ------------------------------------------------------------------
-
-def run_cli(argv, capsys):
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
 
 def test_fit_h100_for_a_depth_8_width_8192_model_answers_at_once(capsys):
     main(["fit", "--gpu", "h100-80gb", "--depth", "2", "--json"])  # imports

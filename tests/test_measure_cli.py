@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from cli_runner import run_cli
 from reference_memory import profiler_peak_bytes
 
 from mlp.cli import main
@@ -42,11 +43,8 @@ def test_summary_is_labelled_with_units(capsys):
 
 def _run(capsys, argv):
     """Exit status and stderr of the command, whether argparse or the command refused."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    return code, capsys.readouterr().err
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize(

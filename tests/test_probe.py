@@ -3,8 +3,8 @@ import weakref
 
 import pytest
 import torch
+from cli_runner import run_cli
 
-from mlp.cli import main
 from mlp.config import RunConfig
 from mlp.fit import max_batch_size
 from mlp.gpus import DEFAULT_MARGIN
@@ -184,15 +184,6 @@ def test_bad_arguments_are_refused_by_name(kwargs, message):
 
 ARGS = ["probe", "--device", "cpu", "--depth", "3", "--width", "64", "--input-dim", "32",
         "--output-dim", "8"]
-
-
-def run_cli(argv, capsys):
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_probe_json_reports_the_answer_runs_and_start(answer, capsys):

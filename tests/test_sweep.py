@@ -89,17 +89,23 @@ def test_bad_input_writes_nothing_and_exits_2(tmp_path, bad, named):
     assert not results_dir.exists()
 
 
-def test_sigterm_keeps_finished_results_and_resume_finishes_the_rest(tmp_path):
-    run_dir = tmp_path / "run"
-    records = run_dir / "records"
+def _sweep_until_first_record(run_dir):
+    """Start an 8-configuration sweep in the background; return once one record is saved."""
     args = ["--device", "cpu", "--depths", "2,3", "--widths", "16,32", "--batch-sizes", "1,8",
             "--phases", "train-step", "--max-time", "0.3", "--no-progress", "--gpus", "t4"]
     child = subprocess.Popen([sys.executable, "-m", "mlp.cli", "sweep", *args,
                               "--out", str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(records.glob("*.json")) and time.monotonic() < deadline:
+    while not list((run_dir / "records").glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return child
+
+
+def test_sigterm_keeps_finished_results_and_resume_finishes_the_rest(tmp_path):
+    run_dir = tmp_path / "run"
+    records = run_dir / "records"
+    child = _sweep_until_first_record(run_dir)
 
     child.send_signal(signal.SIGTERM)
     out, _ = child.communicate(timeout=120)
@@ -119,14 +125,7 @@ def test_sigterm_keeps_finished_results_and_resume_finishes_the_rest(tmp_path):
 def test_ctrl_c_keeps_finished_results(tmp_path):
     run_dir = tmp_path / "run"
     records = run_dir / "records"
-    args = ["--device", "cpu", "--depths", "2,3", "--widths", "16,32", "--batch-sizes", "1,8",
-            "--phases", "train-step", "--max-time", "0.3", "--no-progress", "--gpus", "t4"]
-    child = subprocess.Popen([sys.executable, "-m", "mlp.cli", "sweep", *args,
-                              "--out", str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(records.glob("*.json")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    child = _sweep_until_first_record(run_dir)
 
     child.send_signal(signal.SIGINT)  # to the sweep alone, not its child pytest
     out, _ = child.communicate(timeout=60)
